@@ -156,11 +156,31 @@ func newClient(baseURL, caPEM string, now func() time.Time) (*client, error) {
 		RetryWaitMin: 100 * time.Millisecond,
 		RetryWaitMax: 3 * time.Second,
 		RetryMax:     1000, // bounded by the caller's deadline (request_timeout)
-		CheckRetry:   retryablehttp.DefaultRetryPolicy,
+		CheckRetry:   recordingRetryPolicy,
 		Backoff:      jitterBackoff,
 		ErrorHandler: retryablehttp.PassthroughErrorHandler,
 	}
 	return &client{baseURL: strings.TrimRight(baseURL, "/"), http: rc, now: now}, nil
+}
+
+// lastAttemptKey carries a *lastAttempt in a request's context, so that a
+// timeout can say what the last try ran into.
+type lastAttemptKey struct{}
+
+type lastAttempt struct{ cause string }
+
+// recordingRetryPolicy is retryablehttp's default policy, remembering the
+// last failure of the request.
+func recordingRetryPolicy(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if la, ok := ctx.Value(lastAttemptKey{}).(*lastAttempt); ok {
+		switch {
+		case err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled):
+			la.cause = transportCause(err).Error()
+		case resp != nil && resp.StatusCode != http.StatusOK:
+			la.cause = "HTTP " + resp.Status
+		}
+	}
+	return retryablehttp.DefaultRetryPolicy(ctx, resp, err)
 }
 
 // jitterBackoff waits what a 429 or 503 Retry-After asks (capped at max), or
@@ -280,6 +300,8 @@ func (c *client) post(ctx context.Context, op, path string, body, out any) error
 	if err != nil {
 		return &Error{Op: op, Err: errors.New("cannot encode request")}
 	}
+	last := &lastAttempt{}
+	ctx = context.WithValue(ctx, lastAttemptKey{}, last)
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodPost, c.baseURL+path, bytes.NewReader(payload))
 	if err != nil {
 		return &Error{Op: op, Err: errors.New("cannot build request")}
@@ -289,10 +311,16 @@ func (c *client) post(ctx context.Context, op, path string, body, out any) error
 
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("no answer from BioT within the request timeout: %w", transportCause(err))
-		} else {
-			err = transportCause(err)
+		err = transportCause(err)
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			if last.cause == "" && !errors.Is(err, ctxErr) {
+				last.cause = err.Error()
+			}
+			if last.cause == "" {
+				err = fmt.Errorf("no answer within the request timeout (%w)", ctxErr)
+			} else {
+				err = fmt.Errorf("no answer within the request timeout (%w); last try: %s", ctxErr, last.cause)
+			}
 		}
 		if resp == nil {
 			return &Error{Op: op, Err: err}
