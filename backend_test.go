@@ -17,7 +17,7 @@ import (
 // testEnv is a backend on in-memory storage talking to a BioT stand-in over
 // TLS, with one manual clock shared by both.
 type testEnv struct {
-	t       *testing.T
+	t       testing.TB
 	b       *backend
 	storage logical.Storage
 	fake    *biotfake.Server
@@ -31,7 +31,7 @@ type envOptions struct {
 	maxLeaseTTL           time.Duration
 }
 
-func newTestEnv(t *testing.T, o envOptions) *testEnv {
+func newTestEnv(t testing.TB, o envOptions) *testEnv {
 	t.Helper()
 	clock := biotfake.NewClock(time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC))
 	fake := biotfake.NewTLSServer(biotfake.Options{AccessTTL: o.accessTTL, RefreshTTL: o.refreshTTL, Now: clock.Now})

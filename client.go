@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/hashicorp/go-cleanhttp"
@@ -336,13 +337,19 @@ func (c *client) post(ctx context.Context, op, path string, body, out any) error
 		return &Error{Op: op, Status: resp.StatusCode, Err: fmt.Errorf("response larger than %d bytes", maxBodyBytes)}
 	}
 
-	if resp.StatusCode != http.StatusOK {
-		e := &Error{Op: op, Status: resp.StatusCode}
+	return decodeResponse(op, resp.StatusCode, data, out)
+}
+
+// decodeResponse turns a BioT answer into out (status 200) or an *Error built
+// from BioT's error envelope.
+func decodeResponse(op string, status int, data []byte, out any) error {
+	if status != http.StatusOK {
+		e := &Error{Op: op, Status: status}
 		var env errorEnvelope
 		if json.Unmarshal(data, &env) == nil && env.Code != "" {
-			e.Code = truncate(env.Code, 64)
-			e.Message = truncate(env.Message, maxMessageLen)
-			e.TraceID = truncate(env.TraceID, 64)
+			e.Code = printable(env.Code, 64)
+			e.Message = printable(env.Message, maxMessageLen)
+			e.TraceID = printable(env.TraceID, 64)
 		} else {
 			e.Err = errors.New("no BioT error body")
 		}
@@ -352,7 +359,7 @@ func (c *client) post(ctx context.Context, op, path string, body, out any) error
 		return nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return &Error{Op: op, Status: resp.StatusCode, Err: errors.New("response is not the JSON BioT documents")}
+		return &Error{Op: op, Status: status, Err: errors.New("response is not the JSON BioT documents")}
 	}
 	return nil
 }
@@ -365,6 +372,19 @@ func transportCause(err error) error {
 		return ue.Err
 	}
 	return err
+}
+
+// printable makes text from BioT safe to repeat in one log or error line:
+// valid UTF-8, no control characters, at most n bytes.
+func printable(s string, n int) string {
+	s = strings.ToValidUTF8(s, "?")
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+	return truncate(s, n)
 }
 
 // truncate shortens s to at most n bytes on a rune boundary, marking the cut.

@@ -2,11 +2,13 @@ package biot
 
 import (
 	"maps"
+	neturl "net/url"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/biot-med/vault-plugin-secrets-biot/internal/biotfake"
@@ -243,4 +245,41 @@ func TestConfigDeleteSucceedsWithBioTDown(t *testing.T) {
 	if _, err := e.request(e.b, logical.DeleteOperation, "config", nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// FuzzConfigValidation feeds arbitrary values to a config write: no panic,
+// and whatever is accepted keeps the config's invariants.
+func FuzzConfigValidation(f *testing.F) {
+	f.Add("https://api.dev.example.biot-med.com", "user@example.com", "pw", "", "", "", "30s")
+	f.Add("http://127.0.0.1:8080/", "", "", "00000000-0000-4000-8000-000000000001", "key", "", "1m")
+	f.Add("http://example.com", "u", "p", "", "", "", "5")
+	f.Add("https://u:p@host/?q#f", "u", "", "s", "k", "-----BEGIN CERTIFICATE-----\n", "-1s")
+	f.Add("", " ", "\xff", "", "", "", "")
+	b := newBackend(&logical.BackendConfig{StorageView: &logical.InmemStorage{}, System: &logical.StaticSystemView{}})
+	schema := b.pathConfig().Fields
+	f.Fuzz(func(t *testing.T, url, username, password, serviceID, secretKey, caCert, timeout string) {
+		raw := map[string]any{"url": url, "request_timeout": timeout}
+		for k, v := range map[string]string{"username": username, "password": password, "service_id": serviceID, "secret_key": secretKey, "ca_cert": caCert} {
+			if v != "" {
+				raw[k] = v
+			}
+		}
+		cfg, err := mergeConfig(nil, &framework.FieldData{Raw: raw, Schema: schema})
+		if err != nil {
+			return
+		}
+		u, perr := neturl.Parse(cfg.URL)
+		switch {
+		case perr != nil || u.Host == "" || u.User != nil || u.RawQuery != "":
+			t.Fatalf("accepted url %q", cfg.URL)
+		case u.Scheme != "https" && !(u.Scheme == "http" && isLoopback(u.Hostname())):
+			t.Fatalf("accepted url %q", cfg.URL)
+		case (cfg.Username != "") == (cfg.ServiceID != ""):
+			t.Fatalf("accepted %d identities", map[bool]int{true: 2, false: 0}[cfg.Username != ""])
+		case cfg.Username != "" && cfg.Password == "", cfg.ServiceID != "" && cfg.SecretKey == "":
+			t.Fatal("accepted half an identity")
+		case cfg.RequestTimeout < minRequestTimeout || cfg.RequestTimeout > maxRequestTimeout:
+			t.Fatalf("accepted request_timeout %v", cfg.RequestTimeout)
+		}
+	})
 }
