@@ -141,7 +141,7 @@ type Fake struct {
 	users    map[string]*userRec // by username
 	services map[string]*serviceRec
 
-	tmu           sync.Mutex
+	tmu           sync.RWMutex
 	access        map[string]*tokenRec // every access token ever issued
 	refresh       map[string]*tokenRec // refresh tokens that still work (unexpired ones, until used/logged out/revoked)
 	issuedAccess  []string
@@ -263,8 +263,8 @@ func (f *Fake) ResetCounts() {
 // IssuedRefreshTokens returns every refresh token issued so far, in order,
 // whether still valid or not.
 func (f *Fake) IssuedRefreshTokens() []string {
-	f.tmu.Lock()
-	defer f.tmu.Unlock()
+	f.tmu.RLock()
+	defer f.tmu.RUnlock()
 	return slices.Clone(f.issuedRefresh)
 }
 
@@ -272,8 +272,8 @@ func (f *Fake) IssuedRefreshTokens() []string {
 // whether still valid or not (including the limited tokens of MFA or
 // password-reset logins, which are never valid as bearers).
 func (f *Fake) IssuedAccessTokens() []string {
-	f.tmu.Lock()
-	defer f.tmu.Unlock()
+	f.tmu.RLock()
+	defer f.tmu.RUnlock()
 	return slices.Clone(f.issuedAccess)
 }
 
@@ -288,17 +288,17 @@ func (f *Fake) AccessTokenValid(token string) bool {
 // fake that would be accepted by the refresh endpoint now.
 func (f *Fake) RefreshTokenValid(token string) bool {
 	now := f.now()
-	f.tmu.Lock()
-	defer f.tmu.Unlock()
+	f.tmu.RLock()
+	defer f.tmu.RUnlock()
 	rec, ok := f.refresh[token]
 	return ok && now.Before(rec.exp)
 }
 
 func (f *Fake) lookupAccess(token string) (tokenRec, bool) {
 	now := f.now()
-	f.tmu.Lock()
+	f.tmu.RLock()
 	rec, ok := f.access[token]
-	f.tmu.Unlock()
+	f.tmu.RUnlock()
 	if !ok || rec.limited || !now.Before(rec.exp) {
 		return tokenRec{}, false
 	}

@@ -63,6 +63,13 @@ const malformedBody = `{"userId":"3fa85f64-5717-4562-b3fc-2c963f66afa6","accessJ
 
 const maxBody = 1 << 20
 
+// request is an incoming request with its body already read.
+type request struct {
+	r       *http.Request
+	body    []byte
+	bodyErr error
+}
+
 // ServeHTTP serves the UMS endpoints under /ums.
 func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var ep Endpoint
@@ -85,6 +92,14 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.counters[endpointIndex(ep)].calls.Add(1)
+
+	// Read the body first: only once it is consumed does net/http watch the
+	// connection, and cancel the request context if the client goes away
+	// (which a Delay fault relies on).
+	req := request{r: r}
+	if r.Body != nil { // nil only when a caller builds the request by hand
+		req.body, req.bodyErr = io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	}
 
 	var mfa, pwReset bool
 	if fault, ok := f.pickFault(ep); ok {
@@ -127,13 +142,13 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	switch ep {
 	case EndpointLogin:
-		f.serveLogin(w, r, mfa, pwReset)
+		f.serveLogin(w, req, mfa, pwReset)
 	case EndpointRefresh:
-		f.serveRefresh(w, r, mfa, pwReset)
+		f.serveRefresh(w, req, mfa, pwReset)
 	case EndpointLogout:
-		f.serveLogout(w, r)
+		f.serveLogout(w, req)
 	case EndpointServiceLogin:
-		f.serveServiceLogin(w, r)
+		f.serveServiceLogin(w, req)
 	case EndpointSelf:
 		f.serveSelf(w, r)
 	case EndpointPublicKey:
@@ -141,7 +156,7 @@ func (f *Fake) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (f *Fake) serveLogin(w http.ResponseWriter, r *http.Request, mfa, pwReset bool) {
+func (f *Fake) serveLogin(w http.ResponseWriter, r request, mfa, pwReset bool) {
 	var req struct {
 		Username string `json:"username"`
 		Password string `json:"password"`
@@ -158,7 +173,7 @@ func (f *Fake) serveLogin(w http.ResponseWriter, r *http.Request, mfa, pwReset b
 	f.writeJSON(w, EndpointLogin, http.StatusOK, f.loginResponse(rec, mfa, pwReset))
 }
 
-func (f *Fake) serveRefresh(w http.ResponseWriter, r *http.Request, mfa, pwReset bool) {
+func (f *Fake) serveRefresh(w http.ResponseWriter, r request, mfa, pwReset bool) {
 	var req struct {
 		RefreshToken string `json:"refreshToken"`
 	}
@@ -194,7 +209,7 @@ func (f *Fake) loginResponse(rec tokenRec, mfa, pwReset bool) LoginResponse {
 	return resp
 }
 
-func (f *Fake) serveLogout(w http.ResponseWriter, r *http.Request) {
+func (f *Fake) serveLogout(w http.ResponseWriter, r request) {
 	var req struct {
 		RefreshToken string `json:"refreshToken"`
 	}
@@ -209,7 +224,7 @@ func (f *Fake) serveLogout(w http.ResponseWriter, r *http.Request) {
 	f.write(w, EndpointLogout, http.StatusOK, nil)
 }
 
-func (f *Fake) serveServiceLogin(w http.ResponseWriter, r *http.Request) {
+func (f *Fake) serveServiceLogin(w http.ResponseWriter, r request) {
 	var req struct {
 		ID        string `json:"id"`
 		SecretKey string `json:"secretKey"`
@@ -256,14 +271,14 @@ func (f *Fake) serveSelf(w http.ResponseWriter, r *http.Request) {
 
 // decode reads a JSON request body into dst and checks that the named
 // string fields are present. On failure it answers 400 and returns false.
-func (f *Fake) decode(w http.ResponseWriter, r *http.Request, ep Endpoint, dst any, required ...string) bool {
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+func (f *Fake) decode(w http.ResponseWriter, r request, ep Endpoint, dst any, required ...string) bool {
+	mt, _, err := mime.ParseMediaType(r.r.Header.Get("Content-Type"))
 	if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 		f.writeError(w, ep, http.StatusBadRequest, "BAD_REQUEST", "Content-Type must be application/json", nil)
 		return false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
+	body := r.body
+	if r.bodyErr != nil {
 		f.writeError(w, ep, http.StatusBadRequest, "BAD_REQUEST", "Could not read the request body", nil)
 		return false
 	}

@@ -107,6 +107,10 @@ func do(f *Fake, method, path string, body any, hdr ...string) resp {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if hdr[i+1] == "" {
+			req.Header.Del(hdr[i])
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	w := httptest.NewRecorder()
@@ -158,3 +162,5 @@ func self(f *Fake, access string) resp {
 }
 
 var t0 = time.Date(2026, 12, 4, 10, 10, 30, 123456789, time.UTC)
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

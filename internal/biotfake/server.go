@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +36,8 @@ type running struct {
 	srv    *http.Server
 	cancel context.CancelFunc
 	done   chan struct{} // closed when Serve returns
+
+	conns atomic.Int64 // open connections
 
 	mu       sync.Mutex
 	inflight int
@@ -118,6 +121,11 @@ func (s *Server) Client() *http.Client {
 // open connections; delayed requests in progress return early. It waits
 // (briefly) for running handlers to finish. Stopping a stopped server does
 // nothing.
+//
+// A client that had a kept-alive connection usually notices it closed before
+// its next request, which then dials and is refused; if it does not, that one
+// request fails with EOF or a reset instead. Client() drops its idle
+// connections on Stop, so it always sees the refusal.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -190,6 +198,14 @@ func (s *Server) serve(ln net.Listener) {
 		// No HTTP/2: the Reset fault needs to hijack the connection.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		ErrorLog:     log.New(io.Discard, "", 0),
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				run.conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				run.conns.Add(-1)
+			}
+		},
 	}
 	if s.tlsCfg != nil {
 		ln = tls.NewListener(ln, s.tlsCfg)
@@ -208,6 +224,7 @@ func (s *Server) stopLocked() {
 		return
 	}
 	s.run = nil
+	hadConns := run.conns.Load() > 0
 	_ = run.srv.Close() // closes the listener and every open connection
 	run.cancel()        // ends delayed handlers
 	<-run.done
@@ -223,6 +240,12 @@ func (s *Server) stopLocked() {
 	}
 	if s.client != nil {
 		s.client.CloseIdleConnections()
+	}
+	if hadConns {
+		// Give clients' transports a moment to see their kept-alive
+		// connections closed, so their next request dials (and is refused)
+		// rather than failing on a dead pooled connection.
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
