@@ -69,6 +69,10 @@ type session struct {
 
 	tok    atomic.Pointer[token]
 	flight singleflight.Group
+	// refreshing is set while a read-started background refresh runs;
+	// retryAt (unix nanoseconds) holds such refreshes back after a failure.
+	refreshing atomic.Bool
+	retryAt    atomic.Int64
 
 	ctx    context.Context // ends when the session is replaced or cleaned
 	cancel context.CancelFunc
@@ -132,9 +136,17 @@ func (s *session) get(ctx context.Context) (*token, error) {
 	}
 }
 
-// refreshAsync starts a refresh unless one is running, without waiting.
+// refreshAsync starts a background refresh unless one is running or a
+// failed one asked to wait, without waiting itself. It costs readers of a due
+// token one atomic load while a refresh runs.
 func (s *session) refreshAsync() {
-	s.flight.DoChan(tokenStorageKey, s.renew)
+	if s.b.now().UnixNano() < s.retryAt.Load() || !s.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.refreshing.Store(false)
+		_, _, _ = s.flight.Do(tokenStorageKey, s.renew)
+	}()
 }
 
 // refreshIfDue is the background refresh (timer and periodic hook): it renews
@@ -212,6 +224,7 @@ func (s *session) failed(err error, cur *token) {
 	s.logger.Warn("could not renew the BioT token; will retry", "error", err)
 	if cur != nil && s.ctx.Err() == nil {
 		wait := min(max(cur.lifetime()/20, retryMin), retryMax)
+		s.retryAt.Store(s.b.now().Add(wait).UnixNano())
 		s.resetTimer(wait)
 	}
 }

@@ -207,3 +207,39 @@ func TestSlowBioTTimesOut(t *testing.T) {
 		t.Fatalf("status %d, want 504", code)
 	}
 }
+
+func TestDueTokenReadsStartOneRefresh(t *testing.T) {
+	e := newTestEnv(t, envOptions{accessTTL: 5 * time.Minute})
+	cfg := e.userConfig()
+	cfg["request_timeout"] = "2s"
+	e.writeConfig(cfg)
+	tok := accessToken(e.creds(e.b))
+	e.fake.Inject(biotfake.EndpointRefresh, biotfake.Fault{Delay: 300 * time.Millisecond, Times: 1})
+	e.clock.Advance(4 * time.Minute)
+	for range 500 {
+		if accessToken(e.creds(e.b)) != tok {
+			t.Fatal("a due token was not served while its refresh ran")
+		}
+	}
+	waitFor(t, "the refresh", func() bool { return accessToken(e.creds(e.b)) != tok })
+	if r := e.fake.Calls(biotfake.EndpointRefresh); r != 1 {
+		t.Fatalf("500 reads of a due token caused %d refreshes, want 1", r)
+	}
+
+	// A failed background refresh holds further read-started ones back.
+	tok = accessToken(e.creds(e.b))
+	e.fake.Inject(biotfake.EndpointRefresh, biotfake.Fault{Status: 400, Code: "BAD_REQUEST", Times: 1})
+	e.fake.Inject(biotfake.EndpointLogin, biotfake.Fault{Status: 503, Code: "SERVICE_UNAVAILABLE"})
+	e.clock.Advance(4 * time.Minute)
+	e.creds(e.b)
+	waitFor(t, "the failed refresh", func() bool { return strings.Contains(e.logs.String(), "could not renew") })
+	calls := e.fake.Calls(biotfake.EndpointLogin)
+	for range 100 {
+		if accessToken(e.creds(e.b)) != tok {
+			t.Fatal("the valid token was not served after a failed refresh")
+		}
+	}
+	if n := e.fake.Calls(biotfake.EndpointLogin); n != calls {
+		t.Fatalf("reads retried at once after a failed refresh: logins %d -> %d", calls, n)
+	}
+}
