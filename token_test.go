@@ -228,18 +228,21 @@ func TestDueTokenReadsStartOneRefresh(t *testing.T) {
 
 	// A failed background refresh holds further read-started ones back.
 	tok = accessToken(e.creds(e.b))
-	e.fake.Inject(biotfake.EndpointRefresh, biotfake.Fault{Status: 400, Code: "BAD_REQUEST", Times: 1})
-	e.fake.Inject(biotfake.EndpointLogin, biotfake.Fault{Status: 503, Code: "SERVICE_UNAVAILABLE"})
+	e.fake.Inject(biotfake.EndpointRefresh, biotfake.Fault{Status: 503, Code: "SERVICE_UNAVAILABLE"})
 	e.clock.Advance(4 * time.Minute)
 	e.creds(e.b)
 	waitFor(t, "the failed refresh", func() bool { return strings.Contains(e.logs.String(), "could not renew") })
-	calls := e.fake.Calls(biotfake.EndpointLogin)
+	calls := e.fake.Calls(biotfake.EndpointRefresh)
 	for range 100 {
 		if accessToken(e.creds(e.b)) != tok {
 			t.Fatal("the valid token was not served after a failed refresh")
 		}
 	}
-	if n := e.fake.Calls(biotfake.EndpointLogin); n != calls {
-		t.Fatalf("reads retried at once after a failed refresh: logins %d -> %d", calls, n)
+	time.Sleep(100 * time.Millisecond)
+	if n := e.fake.Calls(biotfake.EndpointRefresh); n != calls {
+		t.Fatalf("reads retried at once after a failed refresh: refresh calls %d -> %d", calls, n)
+	}
+	if e.fake.Calls(biotfake.EndpointLogin) != 1 {
+		t.Fatal("a transient refresh failure caused a login")
 	}
 }
