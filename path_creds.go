@@ -29,6 +29,9 @@ func (b *backend) pathCreds() *framework.Path {
 					OperationSuffix: "credentials",
 				},
 				Summary: "Get a BioT access token, leased until shortly before it expires.",
+				Responses: map[int][]framework.Response{
+					http.StatusOK: {{Description: "OK", Fields: credsFields}},
+				},
 			},
 		},
 		HelpSynopsis:    "Get a BioT access token.",
@@ -45,36 +48,39 @@ again for a new token when the lease ends. Revoking a lease does not revoke
 the token at BioT, since other leases share it.
 `
 
+// credsFields describe the data of a creds read and of its lease.
+var credsFields = map[string]*framework.FieldSchema{
+	"access_token": {
+		Type:         framework.TypeString,
+		Description:  "BioT access token; send it as Authorization: Bearer <access_token>.",
+		DisplayAttrs: &framework.DisplayAttributes{Name: "Access token", Sensitive: true},
+	},
+	"token_type": {
+		Type:         framework.TypeString,
+		Description:  "Always Bearer.",
+		DisplayAttrs: &framework.DisplayAttributes{Name: "Token type"},
+	},
+	"expires_at": {
+		Type:         framework.TypeString,
+		Description:  "When BioT stops accepting the token (RFC 3339, UTC).",
+		DisplayAttrs: &framework.DisplayAttributes{Name: "Expires at"},
+	},
+	"user_id": {
+		Type:         framework.TypeString,
+		Description:  "BioT user id (user identities only).",
+		DisplayAttrs: &framework.DisplayAttributes{Name: "User ID"},
+	},
+	"organization_id": {
+		Type:         framework.TypeString,
+		Description:  "BioT organization that owns the user (user identities only).",
+		DisplayAttrs: &framework.DisplayAttributes{Name: "Organization ID"},
+	},
+}
+
 func (b *backend) secretToken() *framework.Secret {
 	return &framework.Secret{
-		Type: secretTokenType,
-		Fields: map[string]*framework.FieldSchema{
-			"access_token": {
-				Type:         framework.TypeString,
-				Description:  "BioT access token; send it as Authorization: Bearer <access_token>.",
-				DisplayAttrs: &framework.DisplayAttributes{Name: "Access token", Sensitive: true},
-			},
-			"token_type": {
-				Type:         framework.TypeString,
-				Description:  "Always Bearer.",
-				DisplayAttrs: &framework.DisplayAttributes{Name: "Token type"},
-			},
-			"expires_at": {
-				Type:         framework.TypeString,
-				Description:  "When BioT stops accepting the token (RFC 3339, UTC).",
-				DisplayAttrs: &framework.DisplayAttributes{Name: "Expires at"},
-			},
-			"user_id": {
-				Type:         framework.TypeString,
-				Description:  "BioT user id (user identities only).",
-				DisplayAttrs: &framework.DisplayAttributes{Name: "User ID"},
-			},
-			"organization_id": {
-				Type:         framework.TypeString,
-				Description:  "BioT organization that owns the user (user identities only).",
-				DisplayAttrs: &framework.DisplayAttributes{Name: "Organization ID"},
-			},
-		},
+		Type:   secretTokenType,
+		Fields: credsFields,
 		Renew:  b.secretTokenRenew,
 		Revoke: b.secretTokenRevoke,
 	}

@@ -198,17 +198,21 @@ func (s *session) renew() (any, error) {
 
 // obtain logs in or refreshes, whichever the token at hand allows.
 func (s *session) obtain(ctx context.Context, cur *token, now time.Time) (*token, error) {
-	if s.cfg.serviceUser() {
-		return s.client.ServiceLogin(ctx, s.cfg.ServiceID, s.cfg.SecretKey)
-	}
 	if cur != nil && cur.canRefresh(now) {
 		next, err := s.client.Refresh(ctx, cur.RefreshToken)
+		if err == nil {
+			s.logger.Debug("refreshed the BioT token", "expires_at", next.AccessExpiresAt)
+		}
 		if err == nil || !isRejected(err) {
 			return next, err
 		}
 		s.logger.Info("refresh token rejected by BioT; logging in again", "error", err)
 	}
-	return s.client.Login(ctx, s.cfg.Username, s.cfg.Password)
+	next, err := login(ctx, s.client, s.cfg)
+	if err == nil {
+		s.logger.Info("logged in to BioT", "service_user", s.cfg.serviceUser(), "expires_at", next.AccessExpiresAt)
+	}
+	return next, err
 }
 
 // failed records a failed renewal: a refused login is held for a while, a
