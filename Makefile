@@ -43,7 +43,7 @@ lint:
 
 ## dev: a Vault dev server with the plugin and a BioT sandbox (or a real BioT)
 dev: build
-	scripts/dev.sh
+	PLUGIN_VERSION=$(VERSION) scripts/dev.sh
 
 ## fuzz: run each fuzz target for FUZZTIME
 fuzz:
