@@ -116,10 +116,10 @@ func (e *testEnv) creds(b *backend) *logical.Response {
 
 func accessToken(resp *logical.Response) string { return resp.Data["access_token"].(string) }
 
-// waitFor polls cond for up to five seconds.
+// waitFor polls cond for up to fifteen seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(15 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

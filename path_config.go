@@ -48,6 +48,20 @@ func (c *biotConfig) sameSession(n *biotConfig) bool {
 	return c.URL == n.URL && c.CACert == n.CACert && c.Username == n.Username && c.ServiceID == n.ServiceID
 }
 
+// needsVerification reports whether a write of c over old must log in first:
+// verify_connection is on and the write changes where or how the engine logs
+// in, or asks for verification by name. A write of, say, request_timeout
+// alone sends no password.
+func (c *biotConfig) needsVerification(old *biotConfig, d *framework.FieldData) bool {
+	if !c.VerifyConnection {
+		return false
+	}
+	if _, named := d.Raw["verify_connection"]; named {
+		return true
+	}
+	return old == nil || !old.sameSession(c) || old.Password != c.Password || old.SecretKey != c.SecretKey
+}
+
 func (b *backend) pathConfig() *framework.Path {
 	return &framework.Path{
 		Pattern: "config",
@@ -184,7 +198,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if c, err = newClient(cfg.URL, cfg.CACert, b.now); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
-	if cfg.VerifyConnection {
+	if cfg.needsVerification(old, d) {
 		lctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 		seed, err = login(lctx, c, cfg)
 		cancel()

@@ -166,6 +166,16 @@ func TestConfigUpdateKeepsUnnamedFieldsAndToken(t *testing.T) {
 	tok := accessToken(e.creds(e.b))
 	logins := e.fake.Calls(biotfake.EndpointLogin)
 
+	e.writeConfig(map[string]any{"request_timeout": "20s"}) // verify_connection stays on
+	if n := e.fake.Calls(biotfake.EndpointLogin); n != logins {
+		t.Fatalf("a request_timeout change logged in: logins %d -> %d", logins, n)
+	}
+	e.writeConfig(map[string]any{"verify_connection": true}) // asked for by name
+	if n := e.fake.Calls(biotfake.EndpointLogin); n != logins+1 {
+		t.Fatalf("verify_connection=true did not log in: logins %d -> %d", logins, n)
+	}
+	tok = accessToken(e.creds(e.b))
+	logins++
 	e.writeConfig(map[string]any{"request_timeout": "10s", "verify_connection": false})
 	resp, _ := e.request(e.b, logical.ReadOperation, "config", nil)
 	if resp.Data["request_timeout"] != int64(10) || resp.Data["username"] != biotfake.DemoUsername || resp.Data["verify_connection"] != false {

@@ -211,10 +211,10 @@ func TestSlowBioTTimesOut(t *testing.T) {
 func TestDueTokenReadsStartOneRefresh(t *testing.T) {
 	e := newTestEnv(t, envOptions{accessTTL: 5 * time.Minute})
 	cfg := e.userConfig()
-	cfg["request_timeout"] = "2s"
+	cfg["request_timeout"] = "5s"
 	e.writeConfig(cfg)
 	tok := accessToken(e.creds(e.b))
-	e.fake.Inject(biotfake.EndpointRefresh, biotfake.Fault{Delay: 300 * time.Millisecond, Times: 1})
+	e.fake.Inject(biotfake.EndpointRefresh, biotfake.Fault{Delay: 3 * time.Second, Times: 1})
 	e.clock.Advance(4 * time.Minute)
 	for range 500 {
 		if accessToken(e.creds(e.b)) != tok {
