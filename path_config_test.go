@@ -170,6 +170,9 @@ func TestConfigUpdateKeepsUnnamedFieldsAndToken(t *testing.T) {
 	if n := e.fake.Calls(biotfake.EndpointLogin); n != logins {
 		t.Fatalf("a request_timeout change logged in: logins %d -> %d", logins, n)
 	}
+	if got := accessToken(e.creds(e.b)); got != tok {
+		t.Fatal("a request_timeout change dropped the token")
+	}
 	e.writeConfig(map[string]any{"verify_connection": true}) // asked for by name
 	if n := e.fake.Calls(biotfake.EndpointLogin); n != logins+1 {
 		t.Fatalf("verify_connection=true did not log in: logins %d -> %d", logins, n)
