@@ -234,6 +234,11 @@ func (c *client) ServiceLogin(ctx context.Context, id, secretKey string) (*token
 	return &token{AccessToken: out.AccessToken, AccessExpiresAt: exp, IssuedAt: c.now().UTC()}, nil
 }
 
+// closeIdle closes the client's idle keep-alive connections. Call it when
+// the client is dropped: otherwise each one holds a socket and two goroutines
+// until the transport's idle timeout (90s).
+func (c *client) closeIdle() { c.http.HTTPClient.CloseIdleConnections() }
+
 // Logout ends the session of a refresh token.
 func (c *client) Logout(ctx context.Context, refreshToken string) error {
 	return c.post(ctx, "logout", pathLogout, map[string]string{"refreshToken": refreshToken}, nil)

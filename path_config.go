@@ -198,6 +198,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if c, err = newClient(cfg.URL, cfg.CACert, b.now); err != nil {
 		return logical.ErrorResponse(err.Error()), nil
 	}
+	kept := false
+	defer func() {
+		if !kept {
+			c.closeIdle() // a failed write drops the client
+		}
+	}()
 	if cfg.needsVerification(old, d) {
 		lctx, cancel := context.WithTimeout(ctx, cfg.RequestTimeout)
 		seed, err = login(lctx, c, cfg)
@@ -234,10 +240,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			return nil, err
 		}
 	}
-	s, err := b.newSession(cfg, carry)
-	if err != nil {
-		return nil, err
-	}
+	// The verification client, connections and all, serves the new session.
+	s := b.newSessionWith(cfg, c, carry)
+	kept = true
 	if prev != nil {
 		prev.stop()
 	}
@@ -359,8 +364,10 @@ func mergeConfig(old *biotConfig, d *framework.FieldData) (*biotConfig, error) {
 			continue
 		}
 		s := v.(string)
-		if !utf8.ValidString(s) {
-			return nil, fmt.Errorf("%s: not valid UTF-8", f.name)
+		// Vault's JSON decoder turns invalid UTF-8 into U+FFFD before the
+		// engine sees it, so reject the replacement character too.
+		if !utf8.ValidString(s) || strings.ContainsRune(s, utf8.RuneError) {
+			return nil, fmt.Errorf("%s: not valid UTF-8 (or contains U+FFFD, what invalid UTF-8 becomes)", f.name)
 		}
 		if len(s) > f.limit {
 			return nil, fmt.Errorf("%s: longer than %d bytes", f.name, f.limit)

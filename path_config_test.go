@@ -54,6 +54,7 @@ func TestConfigValidation(t *testing.T) {
 		{"unknown field", map[string]any{"pasword": "x"}, nil, "pasword"},
 		{"oversized username", map[string]any{"username": strings.Repeat("u", 5000)}, nil, "username"},
 		{"non-UTF-8 password", map[string]any{"password": "pa\xffss"}, nil, "password"},
+		{"U+FFFD in url (what Vault makes of invalid UTF-8)", map[string]any{"url": "https://api.\uFFFD.example.com"}, nil, "url"},
 		{"control character in username", map[string]any{"username": "a\x00b"}, nil, "username"},
 		{"wrong type", map[string]any{"username": []any{"a", "b"}}, nil, "username"},
 	}

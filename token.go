@@ -94,18 +94,24 @@ func (b *backend) newSession(cfg *biotConfig, tok *token) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	return b.newSessionWith(cfg, c, tok), nil
+}
+
+// newSessionWith is newSession with a client already built for cfg.
+func (b *backend) newSessionWith(cfg *biotConfig, c *client, tok *token) *session {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &session{b: b, cfg: cfg, client: c, logger: b.logger, ctx: ctx, cancel: cancel}
 	if tok != nil {
 		s.tok.Store(tok)
 		s.schedule(tok)
 	}
-	return s, nil
+	return s
 }
 
 // stop ends the session's background work.
 func (s *session) stop() {
 	s.cancel()
+	s.client.closeIdle()
 	s.mu.Lock()
 	if s.timer != nil {
 		s.timer.Stop()
@@ -291,6 +297,7 @@ func (s *session) resetTimer(d time.Duration) {
 // logout ends t's BioT session, best effort: revoking or disabling never fails
 // because of BioT.
 func (b *backend) logout(c *client, t *token) {
+	defer c.closeIdle() // c belongs to a dropped session
 	if t == nil || t.RefreshToken == "" {
 		return
 	}
