@@ -30,7 +30,9 @@ password, the secret key or the refresh token.
 // registration time too.
 func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend, error) {
 	b := newBackend(conf)
-	if err := b.Setup(ctx, conf); err != nil {
+	c := *conf
+	c.System = newCachedSystemView(conf.System)
+	if err := b.Setup(ctx, &c); err != nil {
 		return nil, err
 	}
 	return b, nil
