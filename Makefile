@@ -50,5 +50,23 @@ fuzz:
 	@for t in $$($(GO) test -list '^Fuzz' . | grep '^Fuzz'); do \
 	  echo "== $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) . || exit 1; done
 
+## bench: Go benchmarks of the hot path, then biot/creds against KV and SSH in a real Vault
+## and the upstream-economy check (cmd/biot-bench, BENCHMARKS.md); BENCH_* env shortens it
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 .
+	VAULT_BIN="$$(scripts/vault.sh)" PLUGIN_VERSION=$(VERSION) $(GO) run ./cmd/biot-bench $(BENCH_FLAGS)
+
+## reliability: the TestReliability* end-to-end scenarios (faults, restarts, leaks, churn for
+## BIOT_CHURN_DURATION, default 5m) against a real Vault; prints their RELIABILITY figures
+reliability:
+	@log=$$(mktemp -t biot-reliability.XXXXXX); \
+	echo "reliability: go test -run '^TestReliability' ./test/ (churn $${BIOT_CHURN_DURATION:-5m}); full log: $$log"; \
+	VAULT_BIN="$$(scripts/vault.sh)" PLUGIN_VERSION=$(VERSION) BIOT_CHURN_DURATION="$${BIOT_CHURN_DURATION:-5m}" \
+	  $(GO) test -count=1 -v -timeout 30m -run '^TestReliability' ./test/ >"$$log" 2>&1; rc=$$?; \
+	grep -E '^RELIABILITY ' "$$log" | sort; \
+	grep -E '^[[:space:]]*--- FAIL' "$$log"; \
+	if [ $$rc -eq 0 ]; then echo PASS; else echo "FAIL (go test exit $$rc; see $$log)"; fi; \
+	exit $$rc
+
 clean:
 	rm -rf $(BIN)
