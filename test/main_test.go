@@ -119,3 +119,16 @@ func writeTestFile(t testing.TB, path string, data []byte) {
 		t.Fatal(err)
 	}
 }
+
+// startConfiguredServer starts a file-storage Vault, initialises and unseals
+// it, registers the plugin and enables it at biot/ configured with cfg.
+func startConfiguredServer(t *testing.T, cfg map[string]any) *vaulttest.Vault {
+	t.Helper()
+	v := env.StartServer(t)
+	v.Init(t)
+	v.Unseal(t)
+	v.Register(t)
+	v.Enable(t, "biot")
+	v.WriteConfig(t, "biot", cfg)
+	return v
+}

@@ -58,11 +58,7 @@ func recordLoop(ctx context.Context, c *api.Client, mount string, readers int, p
 func TestReliabilityVaultRestart(t *testing.T) {
 	t.Parallel()
 	fake := newFake(t, biotfake.Options{AccessTTL: 3 * time.Minute}) // nothing falls due during the test
-	v := env.StartServer(t)
-	v.Init(t)
-	v.Unseal(t)
-	v.Register(t)
-	enableWithConfig(t, v, "biot", with(vaulttest.UserConfig(fake), "request_timeout", "5s"))
+	v := startConfiguredServer(t, with(vaulttest.UserConfig(fake), "request_timeout", "5s"))
 	tok := checkCreds(t, fake, v.ReadCreds(t, "biot"), "biot", true)
 	c := apiClient(t, v, 8, 10*time.Second)
 

@@ -14,12 +14,7 @@ import (
 func TestRestartKeepsTokens(t *testing.T) {
 	t.Parallel()
 	fake := newFake(t, biotfake.Options{}) // 5-minute tokens: nothing falls due during the test
-	v := env.StartServer(t)
-	v.Init(t)
-	v.Unseal(t)
-	v.Register(t)
-	v.Enable(t, "biot")
-	v.WriteConfig(t, "biot", vaulttest.UserConfig(fake))
+	v := startConfiguredServer(t, vaulttest.UserConfig(fake))
 	before := checkCreds(t, fake, v.ReadCreds(t, "biot"), "biot", true)
 	logins := fake.Calls(biotfake.EndpointLogin)
 
@@ -49,12 +44,7 @@ func TestRestartAfterTokenExpired(t *testing.T) {
 	t.Parallel()
 	const accessTTL = 8 * time.Second
 	fake := newFake(t, biotfake.Options{AccessTTL: accessTTL})
-	v := env.StartServer(t)
-	v.Init(t)
-	v.Unseal(t)
-	v.Register(t)
-	v.Enable(t, "biot")
-	v.WriteConfig(t, "biot", vaulttest.UserConfig(fake))
+	v := startConfiguredServer(t, vaulttest.UserConfig(fake))
 	before := checkCreds(t, fake, v.ReadCreds(t, "biot"), "biot", true)
 	logins := fake.Calls(biotfake.EndpointLogin)
 
