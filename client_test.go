@@ -3,7 +3,10 @@ package biot
 import (
 	"encoding/json"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -176,5 +179,30 @@ func checkDecodeError(t *testing.T, op string, err error) {
 	var be *Error
 	if !errors.As(err, &be) || be.Op != op || !strings.HasPrefix(err.Error(), "biot: "+op+" failed: ") {
 		t.Fatalf("error %q is not a BioT %s error", err, op)
+	}
+}
+
+func TestRedirectNotFollowed(t *testing.T) {
+	var elsewhere atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { elsewhere.Add(1) }))
+	defer target.Close()
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	defer redirector.Close()
+
+	c, err := newClient(redirector.URL, "", time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Login(t.Context(), "user", "Pa55-not-forwarded")
+	if err == nil || !strings.Contains(err.Error(), "307") {
+		t.Fatalf("want an error naming the 307, got %v", err)
+	}
+	if strings.Contains(err.Error(), "Pa55-not-forwarded") {
+		t.Fatal("error repeats the password")
+	}
+	if elsewhere.Load() != 0 {
+		t.Fatal("the login (and its password) followed a redirect")
 	}
 }
